@@ -1,0 +1,39 @@
+# The few targets a newcomer needs. Every target sets up .venv first (idempotent).
+PY := .venv/bin/python
+export PYTHONHASHSEED := 0
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup test test-slow test-all lint format main bench clean
+
+setup:
+	bash scripts/setup_cpu.sh
+
+lint: setup
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+
+format: setup
+	.venv/bin/ruff format .
+	.venv/bin/ruff check --fix .
+
+# The README's test command (and CI's): lint + the default suite (< 20 min on 2 cores).
+test: lint
+	$(PY) -m pytest -q -m "not slow and not gpu"
+
+# Slower tests (long CPU runs, the full nightly, SLURM chains); see README.
+test-slow: setup
+	$(PY) -m pytest -q -m "slow and not gpu"
+
+test-all: setup
+	$(PY) -m pytest -q
+
+# The README's main job: the tiny CPU run of the real pipeline, end to end.
+main: setup
+	$(PY) -m pipeline run --config configs/experiments/tiny_cpu.yaml --run-dir runs/tiny_cpu
+
+bench: setup
+	$(PY) benchmarks/loss_bench.py
+
+clean:
+	rm -rf runs .pytest_cache .ruff_cache

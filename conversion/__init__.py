@@ -1,0 +1,1 @@
+"""HF <-> Megatron-Core checkpoint conversion (files and in-memory export for refit)."""

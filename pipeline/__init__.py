@@ -1,0 +1,1 @@
+"""grpo-lambda pipeline: stages, rollout, rewards, data and orchestration (imports megatron_ext and conversion)."""
