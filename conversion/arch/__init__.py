@@ -1,0 +1,1 @@
+"""One mapping module per HF architecture (see `conversion.registry`)."""
