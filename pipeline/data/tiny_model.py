@@ -145,6 +145,13 @@ def save_random_hf_model(
     kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
     model.save_pretrained(out, safe_serialization=True, **kwargs)
     build_char_tokenizer(out)
-    gen = {"bos_token_id": 1, "eos_token_id": 1, "pad_token_id": 0, "do_sample": False}
-    (out / "generation_config.json").write_text(json.dumps(gen, indent=2))
+    write_generation_config(out)
     return model
+
+
+def write_generation_config(out_dir: str | Path) -> Path:
+    """Write the tiny models' generation_config.json (EOS = `<|endoftext|>`, pad 0, greedy default)."""
+    gen = {"bos_token_id": 1, "eos_token_id": 1, "pad_token_id": 0, "do_sample": False}
+    path = Path(out_dir) / "generation_config.json"
+    path.write_text(json.dumps(gen, indent=2))
+    return path
