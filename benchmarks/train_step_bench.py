@@ -15,6 +15,7 @@ import argparse
 import statistics
 import sys
 import warnings
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -82,6 +83,7 @@ def main() -> None:
     from megatron_ext.model import build_gpt_model
     from megatron_ext.parallel import destroy_model_parallel, initialize_model_parallel
     from megatron_ext.train_step import LossSettings, build_optimizer, train_step, wrap_ddp
+    from pipeline.config import AlgorithmConfig
     from pipeline.data.tiny_model import tiny_hf_config
 
     groups = initialize_model_parallel(1, 1, seed=0)
@@ -94,12 +96,11 @@ def main() -> None:
         k: v.clone() for k, v in chunks[0].module.state_dict().items() if not k.endswith("_extra_state")
     }
     batch = make_batch(args.batch, args.seq, cfg.vocab_size)
-    variants = {
-        "grpo": LossSettings(variant="grpo", recompute_old_logp=True),
-        "epsilon-trace": LossSettings(
-            variant="epsilon-trace", style="recent", lam=0.99, recompute_old_logp=True
-        ),
-    }
+    variants = {}
+    for name in ("grpo", "epsilon-trace"):  # the algorithm's defaults (AlgorithmConfig), lam = 0.99
+        algo = AlgorithmConfig(variant=name, lam=0.99, recompute_old_logp=True)
+        shared = {f.name: getattr(algo, f.name) for f in fields(LossSettings) if hasattr(algo, f.name)}
+        variants[name] = LossSettings(**shared, temperature=1.0, tis_cap=None)
     results: dict[str, list[dict]] = {name: [] for name in variants}
     for rep in range(args.reps + 1):  # rep 0 warms up
         order = list(variants.items()) if rep % 2 == 0 else list(variants.items())[::-1]  # no order bias

@@ -16,66 +16,40 @@ from conversion.safetensors_io import SafetensorsError
 EXIT_USAGE, EXIT_MISMATCH = 2, 1
 
 
-def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="grpo-convert", description=__doc__.splitlines()[0])
-    sub = ap.add_subparsers(dest="command", required=True)
-    a = sub.add_parser("hf-to-megatron", help="HF safetensors dir -> Megatron dist checkpoint")
-    a.add_argument("--hf-dir", required=True)
-    a.add_argument("--out", required=True)
-    a.add_argument("--tp", type=int, default=1)
-    a.add_argument("--pp", type=int, default=1)
-    a.add_argument("--dtype", default=None, help="fp32|bf16|fp16 (default: keep the HF dtype)")
-    a.add_argument("--bucket-size-mb", type=int, default=256)
-    a.add_argument("--force", action="store_true", help="replace a non-empty output directory")
-    b = sub.add_parser("megatron-to-hf", help="Megatron checkpoint (any TP/PP) -> HF safetensors dir")
-    b.add_argument("--megatron-dir", required=True)
-    b.add_argument("--out", required=True)
-    b.add_argument("--dtype", default=None, help="fp32|bf16|fp16 (default: keep the checkpoint dtype)")
-    b.add_argument("--max-shard-size", default="2GB")
-    b.add_argument(
-        "--hf-config-dir", default=None, help="HF config/tokenizer dir (default: <megatron-dir>/hf)"
+def _hf_to_megatron(args: argparse.Namespace) -> int:
+    from conversion.convert import hf_to_megatron
+
+    out = hf_to_megatron(
+        args.hf_dir,
+        args.out,
+        tp=args.tp,
+        pp=args.pp,
+        dtype=args.dtype,
+        force=args.force,
+        bucket_size_mb=args.bucket_size_mb,
+        progress=not args.no_progress,
     )
-    b.add_argument("--force", action="store_true", help="replace a non-empty output directory")
-    v = sub.add_parser("verify", help="logits parity (fp32) of an HF dir and a Megatron checkpoint")
-    v.add_argument("--hf-dir", required=True)
-    v.add_argument("--megatron-dir", required=True)
-    v.add_argument("--tol", type=float, default=1e-4)
-    v.add_argument("--prompt", action="append", default=None, help="a prompt (repeatable)")
-    for p in (a, b):
-        p.add_argument("--no-progress", action="store_true")
-    return ap
+    print(f"wrote Megatron checkpoint {out} (tp={args.tp}, pp={args.pp})")
+    return 0
 
 
-def _run(args: argparse.Namespace) -> int:
-    if args.command == "hf-to-megatron":
-        from conversion.convert import hf_to_megatron
+def _megatron_to_hf(args: argparse.Namespace) -> int:
+    from conversion.convert import megatron_to_hf
 
-        out = hf_to_megatron(
-            args.hf_dir,
-            args.out,
-            tp=args.tp,
-            pp=args.pp,
-            dtype=args.dtype,
-            force=args.force,
-            bucket_size_mb=args.bucket_size_mb,
-            progress=not args.no_progress,
-        )
-        print(f"wrote Megatron checkpoint {out} (tp={args.tp}, pp={args.pp})")
-        return 0
-    if args.command == "megatron-to-hf":
-        from conversion.convert import megatron_to_hf
+    out = megatron_to_hf(
+        args.megatron_dir,
+        args.out,
+        dtype=args.dtype,
+        force=args.force,
+        max_shard_size=args.max_shard_size,
+        hf_config_dir=args.hf_config_dir,
+        progress=not args.no_progress,
+    )
+    print(f"wrote HF model {out}")
+    return 0
 
-        out = megatron_to_hf(
-            args.megatron_dir,
-            args.out,
-            dtype=args.dtype,
-            force=args.force,
-            max_shard_size=args.max_shard_size,
-            hf_config_dir=args.hf_config_dir,
-            progress=not args.no_progress,
-        )
-        print(f"wrote HF model {out}")
-        return 0
+
+def _verify(args: argparse.Namespace) -> int:
     from conversion.verify import LogitsMismatchError, verify_logits
 
     try:
@@ -87,12 +61,44 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="grpo-convert", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    a = sub.add_parser("hf-to-megatron", help="HF safetensors dir -> Megatron dist checkpoint")
+    a.set_defaults(handler=_hf_to_megatron)
+    a.add_argument("--hf-dir", required=True)
+    a.add_argument("--out", required=True)
+    a.add_argument("--tp", type=int, default=1)
+    a.add_argument("--pp", type=int, default=1)
+    a.add_argument("--dtype", default=None, help="fp32|bf16|fp16 (default: keep the HF dtype)")
+    a.add_argument("--bucket-size-mb", type=int, default=256)
+    b = sub.add_parser("megatron-to-hf", help="Megatron checkpoint (any TP/PP) -> HF safetensors dir")
+    b.set_defaults(handler=_megatron_to_hf)
+    b.add_argument("--megatron-dir", required=True)
+    b.add_argument("--out", required=True)
+    b.add_argument("--dtype", default=None, help="fp32|bf16|fp16 (default: keep the checkpoint dtype)")
+    b.add_argument("--max-shard-size", default="2GB")
+    b.add_argument(
+        "--hf-config-dir", default=None, help="HF config/tokenizer dir (default: <megatron-dir>/hf)"
+    )
+    v = sub.add_parser("verify", help="logits parity (fp32) of an HF dir and a Megatron checkpoint")
+    v.set_defaults(handler=_verify)
+    v.add_argument("--hf-dir", required=True)
+    v.add_argument("--megatron-dir", required=True)
+    v.add_argument("--tol", type=float, default=1e-4)
+    v.add_argument("--prompt", action="append", default=None, help="a prompt (repeatable)")
+    for p in (a, b):
+        p.add_argument("--force", action="store_true", help="replace a non-empty output directory")
+        p.add_argument("--no-progress", action="store_true")
+    return ap
+
+
 def main(argv: list[str] | None = None) -> int:
     from megatron_ext.checkpoint import CheckpointError
 
     args = _parser().parse_args(argv)
     try:
-        return _run(args)
+        return args.handler(args)
     except (
         ValueError,
         KeyError,

@@ -41,6 +41,7 @@ from conversion.io_utils import (
 )
 from conversion.registry import get_mapping
 from conversion.safetensors_io import PlannedShardWriter, SafetensorsReader, parse_size
+from megatron_ext.model import padded_vocab_size
 
 HF_SUBDIR = "hf"
 # Modules whose `_extra_state` Megatron checkpoints as ShardedObjects (empty on the local spec; the
@@ -61,12 +62,6 @@ def check_parallel_sizes(dims: ModelDims, tp: int, pp: int) -> None:
             raise ValueError(f"TP={tp} does not divide {what}={n}")
     if dims.num_layers % pp:
         raise ValueError(f"PP={pp} does not divide num_hidden_layers={dims.num_layers}")
-
-
-def padded_vocab(vocab_size: int, tp: int) -> int:
-    from megatron_ext.model import padded_vocab_size
-
-    return padded_vocab_size(vocab_size, tp)
 
 
 def _expected_hf_names(specs: list[ParamSpec]) -> set[str]:
@@ -144,7 +139,7 @@ def hf_to_megatron(
     dims = mapping.dims(cfg)
     check_parallel_sizes(dims, tp, pp)
     out_dtype = parse_dtype(dtype)
-    specs = mapping.param_specs(dims, padded_vocab(dims.vocab_size, tp))
+    specs = mapping.param_specs(dims, padded_vocab_size(dims.vocab_size, tp))
     reader = SafetensorsReader(hf_dir)
     _check_hf_names(reader, specs, dims)
     with atomic_output_dir(out_dir, force=force) as tmp:
@@ -172,9 +167,8 @@ def _write_checkpoint_meta(root: Path, *, tp: int, pp: int, source: Path) -> Non
     layout.dp is None: a converted checkpoint has no per-rank state (RNG), so it never counts as the
     "same layout" whose RNG states megatron_ext.checkpoint would restore.
     """
-    from megatron_ext.checkpoint import COMPLETE_MARKER, META_FILE
+    from megatron_ext.checkpoint import write_checkpoint_meta
 
-    files = {str(p.relative_to(root)): p.stat().st_size for p in sorted(root.rglob("*")) if p.is_file()}
     meta = {
         "iteration": 0,
         "extra": {"converted_from": str(source.resolve())},
@@ -183,10 +177,8 @@ def _write_checkpoint_meta(root: Path, *, tp: int, pp: int, source: Path) -> Non
         "has_optimizer": False,
         "has_scheduler": False,
         "has_rng": False,
-        "files": files,
     }
-    (root / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
-    (root / COMPLETE_MARKER).write_text("ok\n")
+    write_checkpoint_meta(root, meta)
 
 
 def open_megatron_checkpoint(megatron_dir: str | Path) -> DcpChunkReader:

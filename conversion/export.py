@@ -18,21 +18,16 @@ import torch.distributed as dist
 
 from conversion import layout
 from conversion.arch.base import TP_COLS, TP_GATE_UP, TP_REPLICATED, TP_ROWS, ParamSpec, to_hf
-from conversion.convert import padded_vocab
 from conversion.registry import config_dict, get_mapping
-
-
-def _unwrap(chunk: torch.nn.Module) -> torch.nn.Module:
-    while hasattr(chunk, "module"):  # DDP / Float16Module wrappers
-        chunk = chunk.module
-    return chunk
+from megatron_ext.model import padded_vocab_size
+from megatron_ext.optim import unwrap_model
 
 
 def _local_params(model_chunks: list[torch.nn.Module], specs: list[ParamSpec]) -> dict[int, torch.Tensor]:
     """Spec index -> this rank's TP shard, for the parameters held by this pipeline stage."""
     layers: dict[int, torch.nn.Module] = {}
     first = last = None
-    for chunk in map(_unwrap, model_chunks):
+    for chunk in unwrap_model(model_chunks):  # strip DDP / Float16Module wrappers
         for layer in chunk.decoder.layers:
             layers[layer.layer_number - 1] = layer
         first = chunk if chunk.pre_process else first
@@ -105,7 +100,7 @@ def export_hf_weights(
     cfg = config_dict(hf_config)
     mapping = get_mapping(cfg)
     dims = mapping.dims(cfg)
-    specs = mapping.param_specs(dims, padded_vocab(dims.vocab_size, groups.tp_size))
+    specs = mapping.param_specs(dims, padded_vocab_size(dims.vocab_size, groups.tp_size))
     local = _local_params(model_chunks, specs)
     if not local:
         raise ValueError("model_chunks hold none of the expected parameters")

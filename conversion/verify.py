@@ -57,12 +57,13 @@ def verify_logits(
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from conversion.convert import open_megatron_checkpoint, padded_vocab
+    from conversion.convert import open_megatron_checkpoint
+    from megatron_ext.model import padded_vocab_size
 
     hf_dir, megatron_dir = Path(hf_dir), Path(megatron_dir)
     cfg = json.loads((hf_dir / "config.json").read_text())
     stored = open_megatron_checkpoint(megatron_dir).tensor_meta("embedding.word_embeddings.weight").size[0]
-    if stored != padded_vocab(cfg["vocab_size"], 1):
+    if stored != padded_vocab_size(cfg["vocab_size"], 1):
         raise ValueError(
             f"verify runs at TP=1 but {megatron_dir} pads the vocab to {stored} (a larger TP's padding); "
             "convert the HF model with --tp 1 to verify it"

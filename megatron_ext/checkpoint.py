@@ -114,6 +114,14 @@ def _file_sizes(root: Path) -> dict[str, int]:
     }
 
 
+def write_checkpoint_meta(root: Path, meta: dict) -> None:
+    """Seal a fully written checkpoint dir: `META_FILE` (`meta` plus the size of every file, which
+    `read_checkpoint_meta` checks) and then the `COMPLETE_MARKER`. Shared with the converter."""
+    meta = {**meta, "files": _file_sizes(root)}
+    (root / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    (root / COMPLETE_MARKER).write_text("ok\n")
+
+
 def save_checkpoint(
     ckpt_dir: str | Path,
     model_chunks: list,
@@ -155,10 +163,8 @@ def save_checkpoint(
             "has_optimizer": optimizer is not None,
             "has_scheduler": scheduler is not None,
             "has_rng": True,
-            "files": _file_sizes(tmp),
         }
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
-        (tmp / COMPLETE_MARKER).write_text("ok\n")
+        write_checkpoint_meta(tmp, meta)
         old = final.parent / f".{final.name}.old"
         if final.exists():
             final.rename(old)
@@ -320,4 +326,5 @@ __all__ = [
     "read_checkpoint_meta",
     "remove_incomplete",
     "save_checkpoint",
+    "write_checkpoint_meta",
 ]

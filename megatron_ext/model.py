@@ -112,6 +112,37 @@ def _validate_fp8(fp8: str | None, use_te: bool, params_dtype: torch.dtype) -> N
         raise ValueError("model.fp8 needs params_dtype bfloat16 (FP8 GEMMs keep bf16 master weights)")
 
 
+def _validate_shape(cfg: dict[str, Any], tp: int, pp: int) -> None:
+    """TP must divide the attention and KV heads, PP the layers; the MLP must be SwiGLU."""
+    heads, groups = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    if heads % tp or groups % tp:
+        raise ValueError(
+            f"parallelism.tensor_parallel={tp} must divide num_attention_heads={heads} and "
+            f"num_key_value_heads={groups}"
+        )
+    if cfg["num_hidden_layers"] % pp:
+        raise ValueError(
+            f"parallelism.pipeline_parallel={pp} must divide num_hidden_layers={cfg['num_hidden_layers']}"
+        )
+    if cfg["hidden_act"] != "silu":
+        raise ValueError(f"unsupported hidden_act {cfg['hidden_act']!r}; valid: ['silu']")
+
+
+def _fp8_kwargs(fp8: str | None, recipe: Fp8Recipe) -> dict[str, Any]:
+    """TransformerConfig's FP8 fields ({} when fp8 is None)."""
+    if fp8 is None:
+        return {}
+    if recipe.recipe not in FP8_RECIPES:
+        raise ValueError(f"unknown fp8 recipe {recipe.recipe!r}; valid: {list(FP8_RECIPES)}")
+    return dict(
+        fp8=fp8,
+        fp8_recipe=recipe.recipe,
+        fp8_margin=recipe.margin,
+        fp8_amax_history_len=recipe.amax_history_len,
+        fp8_amax_compute_algo=recipe.amax_compute_algo,
+    )
+
+
 def transformer_config_from_hf(
     hf_config: Any,
     *,
@@ -135,36 +166,15 @@ def transformer_config_from_hf(
     arch = hf_architecture(cfg)
     use_te = transformer_engine_available() if use_te is None else use_te
     _validate_fp8(fp8, use_te, params_dtype)
+    _validate_shape(cfg, tp, pp)
     heads, groups = cfg["num_attention_heads"], cfg["num_key_value_heads"]
-    if heads % tp or groups % tp:
-        raise ValueError(
-            f"parallelism.tensor_parallel={tp} must divide num_attention_heads={heads} and "
-            f"num_key_value_heads={groups}"
-        )
-    if cfg["num_hidden_layers"] % pp:
-        raise ValueError(
-            f"parallelism.pipeline_parallel={pp} must divide num_hidden_layers={cfg['num_hidden_layers']}"
-        )
-    if cfg["hidden_act"] != "silu":
-        raise ValueError(f"unsupported hidden_act {cfg['hidden_act']!r}; valid: ['silu']")
     if recompute_granularity not in RECOMPUTE:
         raise ValueError(f"unknown recompute_granularity {recompute_granularity!r}; valid: {list(RECOMPUTE)}")
     recompute = {"recompute_granularity": recompute_granularity}
     if recompute_granularity == "full":
         recompute.update(recompute_method="uniform", recompute_num_layers=1)
     qkv_bias = True if arch == "Qwen2ForCausalLM" else bool(cfg["attention_bias"])
-    recipe = fp8_recipe or Fp8Recipe()
-    fp8_kwargs = {}
-    if fp8 is not None:
-        if recipe.recipe not in FP8_RECIPES:
-            raise ValueError(f"unknown fp8 recipe {recipe.recipe!r}; valid: {list(FP8_RECIPES)}")
-        fp8_kwargs = dict(
-            fp8=fp8,
-            fp8_recipe=recipe.recipe,
-            fp8_margin=recipe.margin,
-            fp8_amax_history_len=recipe.amax_history_len,
-            fp8_amax_compute_algo=recipe.amax_compute_algo,
-        )
+    fp8_kwargs = _fp8_kwargs(fp8, fp8_recipe or Fp8Recipe())
     return TransformerConfig(
         num_layers=cfg["num_hidden_layers"],
         hidden_size=cfg["hidden_size"],

@@ -71,14 +71,18 @@ class RolloutBatch:
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
-    def rows(self, start: int, stop: int) -> RolloutBatch:
-        """Sequences [start, stop) as a new batch (views)."""
+    def _map(self, fn) -> RolloutBatch:
+        """A new batch with `fn` applied to every tensor field (None stays None)."""
         return RolloutBatch(
             **{
-                f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[start:stop]
+                f.name: None if getattr(self, f.name) is None else fn(getattr(self, f.name))
                 for f in fields(self)
             }
         )
+
+    def rows(self, start: int, stop: int) -> RolloutBatch:
+        """Sequences [start, stop) as a new batch (views)."""
+        return self._map(lambda t: t[start:stop])
 
     def shard(self, rank: int, size: int) -> RolloutBatch:
         """The contiguous share of DP rank `rank` of `size` (B must be divisible by size)."""
@@ -88,18 +92,18 @@ class RolloutBatch:
         return self.rows(rank * n, (rank + 1) * n)
 
     def to(self, device) -> RolloutBatch:
-        return RolloutBatch(
-            **{
-                f.name: None if getattr(self, f.name) is None else getattr(self, f.name).to(device)
-                for f in fields(self)
-            }
-        )
+        return self._map(lambda t: t.to(device))
 
 
-@dataclass(frozen=True)
+# LossSettings fields that the step uses itself; the others are `per_token_policy_loss` keywords.
+_STEP_FIELDS = ("aggregation", "temperature", "tis_cap", "recompute_old_logp")
+
+
+@dataclass(frozen=True, kw_only=True)
 class LossSettings:
     """Keyword arguments of `megatron_ext.losses.per_token_policy_loss` plus how the step uses them.
 
+    Every field is required: the defaults live in `pipeline.config.AlgorithmConfig`.
     aggregation: a name in `megatron_ext.losses.AGGREGATIONS`; temperature: the rollout's sampling
     temperature (logits are divided by it); tis_cap: truncated importance-sampling cap on
     π_old/π_rollout (None = off); recompute_old_logp: recompute π_old with the trainer before the
@@ -107,26 +111,24 @@ class LossSettings:
     """
 
     variant: str
-    style: str = "recent"
-    gamma: float = 1.0
-    lam: float = 0.99
-    eps_low: float = 0.2
-    eps_high: float = 0.2
-    dual_clip: float | None = None
-    adv_clamp_min: float | None = None
-    weight_norm: str = "none"
-    kl_coef: float = 0.0
-    kl_estimator: str = "k3"
-    aggregation: str = "token-mean"
-    temperature: float = 1.0
-    tis_cap: float | None = None
-    recompute_old_logp: bool = True
+    style: str
+    gamma: float
+    lam: float
+    eps_low: float
+    eps_high: float
+    dual_clip: float | None
+    adv_clamp_min: float | None
+    weight_norm: str
+    kl_coef: float
+    kl_estimator: str
+    aggregation: str
+    temperature: float
+    tis_cap: float | None
+    recompute_old_logp: bool
 
     def policy_loss_kwargs(self) -> dict:
-        keys = ("variant", "style", "gamma", "lam", "eps_low", "eps_high", "dual_clip", "adv_clamp_min")
-        out = {k: getattr(self, k) for k in keys}
-        out.update(weight_norm=self.weight_norm, kl_coef=self.kl_coef, kl_estimator=self.kl_estimator)
-        return out
+        """The keyword arguments of `per_token_policy_loss` (all fields but the step's own)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _STEP_FIELDS}
 
 
 def _device() -> torch.device:
@@ -184,8 +186,8 @@ def _logp_aligned(
     return tuple(pad(r) for r in res) if with_entropy else pad(res)
 
 
-def _tp_group(groups: ParallelGroups | None):
-    return None if groups is None or groups.tp_size == 1 else groups.tp
+def _tp_group(groups: ParallelGroups):
+    return None if groups.tp_size == 1 else groups.tp
 
 
 def _run_schedule(model_chunks, microbatches, forward_step, *, seq_length, micro_batch_size, forward_only):
@@ -202,8 +204,8 @@ def _run_schedule(model_chunks, microbatches, forward_step, *, seq_length, micro
     )
 
 
-def _broadcast_from_last_stage(tensor: torch.Tensor, groups: ParallelGroups | None) -> torch.Tensor:
-    if groups is None or groups.pp_size == 1:
+def _broadcast_from_last_stage(tensor: torch.Tensor, groups: ParallelGroups) -> torch.Tensor:
+    if groups.pp_size == 1:
         return tensor
     src = dist.get_global_rank(groups.pp, groups.pp_size - 1)
     dist.broadcast(tensor, src=src, group=groups.pp)
@@ -261,9 +263,9 @@ def compute_logprobs(
     return _broadcast_from_last_stage(logp.float().contiguous(), groups)
 
 
-def _global_counts(batch: RolloutBatch, groups: ParallelGroups | None) -> tuple[float, float]:
+def _global_counts(batch: RolloutBatch, groups: ParallelGroups) -> tuple[float, float]:
     counts = torch.tensor([float(batch.response_mask.sum()), float(len(batch))], dtype=torch.float64)
-    if groups is not None and groups.dp_size > 1:
+    if groups.dp_size > 1:
         dist.all_reduce(counts, group=groups.dp)
     return float(counts[0]), float(counts[1])
 
@@ -305,14 +307,14 @@ def _loss_and_metrics(item, logits, *, loss: LossSettings, tp_group, vocab_size,
     return total / norm * scale, reduced
 
 
-def _reduce_metrics(outputs: list[dict], groups: ParallelGroups | None, is_last: bool) -> dict[str, float]:
+def _reduce_metrics(outputs: list[dict], groups: ParallelGroups) -> dict[str, float]:
     """Sum / max the per-microbatch metrics over microbatches and DP; broadcast from the last PP stage."""
     names_sum = ["loss", "tokens", *_MEAN_METRICS, "logprob_mismatch_mean_abs"]
     names_max = list(_MAX_METRICS)
     s = torch.zeros(len(names_sum), dtype=torch.float64)
     m = torch.full((len(names_max),), float("-inf"), dtype=torch.float64)
     present = torch.zeros(len(names_sum), dtype=torch.float64)
-    if is_last:
+    if groups.is_last_stage:
         for o in outputs:
             s[0] += o["loss"]
             s[1] += o["tokens"]
@@ -323,7 +325,7 @@ def _reduce_metrics(outputs: list[dict], groups: ParallelGroups | None, is_last:
             for i, k in enumerate(names_max):
                 if k in o["maxes"]:
                     m[i] = torch.maximum(m[i], o["maxes"][k])
-    if groups is not None and groups.dp_size > 1:
+    if groups.dp_size > 1:
         dist.all_reduce(s, group=groups.dp)
         dist.all_reduce(m, op=dist.ReduceOp.MAX, group=groups.dp)
     packed = torch.cat([s, m, present])
@@ -338,6 +340,38 @@ def _reduce_metrics(outputs: list[dict], groups: ParallelGroups | None, is_last:
         if torch.isfinite(m[i]):
             out[k] = float(m[i])
     return out
+
+
+def _timed_forward_step(loss_fn, timing: dict[str, float]):
+    """Megatron forward_step that adds the forward and loss times of each microbatch to `timing`."""
+
+    def timed_loss(item, logits):
+        t = _sync_time()
+        out = loss_fn(item, logits)
+        timing["loss"] += _sync_time() - t
+        return out
+
+    def forward_step(data_iterator, model):
+        item = next(data_iterator)
+        t = _sync_time()
+        out = model(item["batch"].input_ids, item["position_ids"], None)
+        timing["forward"] += _sync_time() - t
+        return out, partial(timed_loss, item)
+
+    return forward_step
+
+
+def _zero_grads(model_chunks: list, optimizer) -> None:
+    """Hook the optimizer's loss scaling and Megatron's grad finalisation into the model config; zero grads."""
+    from megatron.core.distributed import finalize_model_grads
+    from megatron.core.utils import get_model_config
+
+    config = get_model_config(model_chunks[0])
+    config.grad_scale_func = optimizer.scale_loss
+    config.finalize_model_grads_func = finalize_model_grads
+    for chunk in model_chunks:
+        chunk.zero_grad_buffer()
+    optimizer.zero_grad()
 
 
 def train_step(
@@ -358,9 +392,6 @@ def train_step(
     trace_abs_mean, kl, weight_mean, weight_max, entropy, logprob_mismatch_{mean_abs,max_ratio}, lr,
     tokens_per_s, and time_{logprob_recompute,forward,loss,backward,optimizer,total}_s.
     """
-    from megatron.core.distributed import finalize_model_grads
-    from megatron.core.utils import get_model_config
-
     groups = groups or current_groups()
     if loss.kl_coef > 0 and batch.ref_logp is None:
         raise ValueError("loss.kl_coef > 0 needs batch.ref_logp (log-probs of the reference policy)")
@@ -379,52 +410,35 @@ def train_step(
     t_recompute = _sync_time() - t0
     mbs = _microbatches(batch, micro_batch_size, extra)
     norm_tokens, norm_seqs = _global_counts(batch, groups)
-    norm = max(norm_tokens if loss.aggregation == "token-mean" else norm_seqs, 1.0)
-    dp = 1 if groups is None else groups.dp_size
-    timing = {"forward": 0.0, "loss": 0.0}
     loss_fn = partial(
         _loss_and_metrics,
         loss=loss,
         tp_group=_tp_group(groups),
         vocab_size=unwrap_model(model_chunks)[-1].hf_vocab_size,
-        scale=float(len(mbs) * dp),
-        norm=norm,
+        scale=float(len(mbs) * groups.dp_size),
+        norm=max(norm_tokens if loss.aggregation == "token-mean" else norm_seqs, 1.0),
     )
-
-    def timed_loss(item, logits):
-        t = _sync_time()
-        out = loss_fn(item, logits)
-        timing["loss"] += _sync_time() - t
-        return out
-
-    def forward_step(data_iterator, model):
-        item = next(data_iterator)
-        t = _sync_time()
-        out = model(item["batch"].input_ids, item["position_ids"], None)
-        timing["forward"] += _sync_time() - t
-        return out, partial(timed_loss, item)
-
-    config = get_model_config(model_chunks[0])
-    config.grad_scale_func = optimizer.scale_loss
-    config.finalize_model_grads_func = finalize_model_grads
-    for chunk in model_chunks:
-        chunk.zero_grad_buffer()
-    optimizer.zero_grad()
+    timing = {"forward": 0.0, "loss": 0.0}
+    _zero_grads(model_chunks, optimizer)
     t1 = _sync_time()
     outputs = _run_schedule(
-        model_chunks, mbs, forward_step, seq_length=seq, micro_batch_size=micro_batch_size, forward_only=False
+        model_chunks,
+        mbs,
+        _timed_forward_step(loss_fn, timing),
+        seq_length=seq,
+        micro_batch_size=micro_batch_size,
+        forward_only=False,
     )
     t2 = _sync_time()
     _, grad_norm, _ = optimizer.step()
     scheduler.step(increment=1)
     t3 = _sync_time()
-    is_last = groups is None or groups.is_last_stage
-    metrics = _reduce_metrics(outputs, groups, is_last)
+    metrics = _reduce_metrics(outputs, groups)
     total = t3 - t0
     metrics.update(
         grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),
         lr=float(optimizer.param_groups[0]["lr"]),
-        tokens_per_s=len(batch) * seq * dp / max(total, 1e-9),
+        tokens_per_s=len(batch) * seq * groups.dp_size / max(total, 1e-9),
         time_logprob_recompute_s=t_recompute,
         time_forward_s=timing["forward"],
         time_loss_s=timing["loss"],

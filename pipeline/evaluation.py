@@ -172,24 +172,7 @@ def evaluate_model(
     """
     if samples < 1:
         raise ValueError(f"evaluation samples must be >= 1, got {samples}")
-    if not benchmarks:
-        raise ValueError("evaluation needs at least one benchmark name")
-    local_files = local_files or {}
-    unknown = sorted(set(local_files) - set(benchmarks))
-    if unknown:
-        raise ValueError(
-            f"eval local files given for {unknown}, which are not among the benchmarks {benchmarks}"
-        )
-    datasets = {
-        name: load_dataset_split(
-            name,
-            split="eval" if name == "arithmetic" else _eval_split(name),
-            local_files=local_files.get(name) or None,
-            limit=limit,
-            arithmetic_difficulty=difficulty,
-        )
-        for name in benchmarks
-    }
+    datasets = _load_benchmarks(benchmarks, local_files or {}, limit=limit, difficulty=difficulty)
     own_engine = engine is None
     if own_engine:
         from pipeline.rollout import RolloutEngine
@@ -226,6 +209,29 @@ def evaluate_model(
         "limit": limit,
     }
     return {"model_dir": str(model_dir), "settings": settings, "benchmarks": results}
+
+
+def _load_benchmarks(
+    benchmarks: list[str], local_files: dict[str, list[str]], *, limit: int | None, difficulty: int
+) -> dict[str, list[dict]]:
+    """{benchmark: rows} of each benchmark's evaluation split (offline copies from `local_files`)."""
+    if not benchmarks:
+        raise ValueError("evaluation needs at least one benchmark name")
+    unknown = sorted(set(local_files) - set(benchmarks))
+    if unknown:
+        raise ValueError(
+            f"eval local files given for {unknown}, which are not among the benchmarks {benchmarks}"
+        )
+    return {
+        name: load_dataset_split(
+            name,
+            split="eval" if name == "arithmetic" else _eval_split(name),
+            local_files=local_files.get(name) or None,
+            limit=limit,
+            arithmetic_difficulty=difficulty,
+        )
+        for name in benchmarks
+    }
 
 
 def _eval_split(name: str) -> str:

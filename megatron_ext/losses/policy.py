@@ -156,7 +156,6 @@ def per_token_policy_loss(
         raise ValueError("kl_coef > 0 needs ref_logp")
 
     mask_f = mask.to(logp.dtype)
-    count = mask_f.sum().clamp(min=1)
     adv = advantages.to(logp.dtype)
     if adv_clamp_min is not None:
         adv = adv.clamp(min=_check_number("adv_clamp_min", adv_clamp_min, -math.inf))
@@ -186,18 +185,32 @@ def per_token_policy_loss(
             loss = loss + kl_coef * kl
     loss = loss * mask_f
 
-    with torch.no_grad():
-        metrics = {
-            "clip_fraction": _masked_mean(is_clipped.to(logp.dtype), mask_f, count),
-            "ratio_mean": _masked_mean(ratio, mask_f, count),
-            "trace_abs_mean": _masked_mean(log_ratio.abs(), mask_f, count),
-            "kl": _masked_mean(kl, mask_f, count) if kl is not None else logp.new_zeros(()),
-        }
-        if weights is None:
-            has_valid = (mask_f.sum() > 0).to(logp.dtype)
-            metrics["weight_mean"] = has_valid
-            metrics["weight_max"] = has_valid.clone()
-        else:
-            metrics["weight_mean"] = _masked_mean(weights, mask_f, count)
-            metrics["weight_max"] = (weights * mask_f).max() if weights.numel() else logp.new_zeros(())
-    return loss, metrics
+    return loss, _metrics(is_clipped, ratio, log_ratio, kl, weights, mask_f)
+
+
+@torch.no_grad()
+def _metrics(
+    is_clipped: torch.Tensor,
+    ratio: torch.Tensor,
+    log_ratio: torch.Tensor,
+    kl: torch.Tensor | None,
+    weights: torch.Tensor | None,
+    mask_f: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """The detached scalar metrics of `per_token_policy_loss` (means over valid tokens; see its docstring)."""
+    count = mask_f.sum().clamp(min=1)
+    zero = mask_f.new_zeros(())
+    metrics = {
+        "clip_fraction": _masked_mean(is_clipped.to(mask_f.dtype), mask_f, count),
+        "ratio_mean": _masked_mean(ratio, mask_f, count),
+        "trace_abs_mean": _masked_mean(log_ratio.abs(), mask_f, count),
+        "kl": _masked_mean(kl, mask_f, count) if kl is not None else zero,
+    }
+    if weights is None:
+        has_valid = (mask_f.sum() > 0).to(mask_f.dtype)
+        metrics["weight_mean"] = has_valid
+        metrics["weight_max"] = has_valid.clone()
+    else:
+        metrics["weight_mean"] = _masked_mean(weights, mask_f, count)
+        metrics["weight_max"] = (weights * mask_f).max() if weights.numel() else zero.clone()
+    return metrics

@@ -11,6 +11,7 @@ DP1 single-microbatch run for the invariance of one update.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -34,6 +35,7 @@ from megatron_ext.train_step import (
     train_step,
     wrap_ddp,
 )
+from pipeline.config import AlgorithmConfig
 from tests.integration.actor_weights import (
     expected_shards,
     load_hf_into_megatron,
@@ -46,8 +48,16 @@ B, S, VOCAB = 8, 24, 131
 DTYPE = getattr(torch, os.environ.get("ACTOR_PARAMS_DTYPE", "float32"))
 USE_TE = None if os.environ.get("ACTOR_USE_TE", "0") == "auto" else False
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
+# The algorithm's defaults come from the one place they live (pipeline.config.AlgorithmConfig).
+_ALGORITHM = AlgorithmConfig(variant="epsilon-trace", style="recent", lam=0.9, recompute_old_logp=False)
 LOSS = LossSettings(
-    variant="epsilon-trace", style="recent", lam=0.9, recompute_old_logp=False, temperature=0.9
+    **{
+        f.name: getattr(_ALGORITHM, f.name)
+        for f in dataclasses.fields(LossSettings)
+        if hasattr(_ALGORITHM, f.name)
+    },
+    temperature=0.9,
+    tis_cap=None,
 )
 OPTIM = dict(
     lr=1e-3,

@@ -86,49 +86,13 @@ def _run_cli(capsys, *argv) -> tuple[int, str]:
 
 
 def test_cli_round_trip_and_force(qwen_dir, tmp_path, capsys):
-    assert (
-        _run_cli(
-            capsys,
-            "hf-to-megatron",
-            "--hf-dir",
-            qwen_dir,
-            "--out",
-            tmp_path / "m",
-            "--tp",
-            2,
-            "--no-progress",
-        )[0]
-        == 0
-    )
-    code, err = _run_cli(
-        capsys, "hf-to-megatron", "--hf-dir", qwen_dir, "--out", tmp_path / "m", "--no-progress"
-    )
+    to_megatron = ("hf-to-megatron", "--hf-dir", qwen_dir, "--out", tmp_path / "m", "--no-progress")
+    assert _run_cli(capsys, *to_megatron, "--tp", 2)[0] == 0
+    code, err = _run_cli(capsys, *to_megatron)
     assert code == 2 and "not empty" in err and "--force" in err
-    assert (
-        _run_cli(
-            capsys,
-            "hf-to-megatron",
-            "--hf-dir",
-            qwen_dir,
-            "--out",
-            tmp_path / "m",
-            "--force",
-            "--no-progress",
-        )[0]
-        == 0
-    )
-    assert (
-        _run_cli(
-            capsys,
-            "megatron-to-hf",
-            "--megatron-dir",
-            tmp_path / "m",
-            "--out",
-            tmp_path / "h",
-            "--no-progress",
-        )[0]
-        == 0
-    )
+    assert _run_cli(capsys, *to_megatron, "--force")[0] == 0
+    to_hf = ("megatron-to-hf", "--megatron-dir", tmp_path / "m", "--out", tmp_path / "h", "--no-progress")
+    assert _run_cli(capsys, *to_hf)[0] == 0
     assert set(load_all(tmp_path / "h")) <= set(load_all(qwen_dir))
 
 

@@ -47,11 +47,36 @@ def test_shape_errors_name_the_field():
         dataclasses.replace(good, response_mask=bad_mask)
 
 
+SETTINGS = dict(
+    variant="epsilon-trace",
+    style="both",
+    gamma=0.95,
+    lam=0.9,
+    eps_low=0.1,
+    eps_high=0.3,
+    dual_clip=3.0,
+    adv_clamp_min=-0.1,
+    weight_norm="mean",
+    kl_coef=0.01,
+    kl_estimator="k1",
+    aggregation="seq-mean-token-sum",
+    temperature=0.7,
+    tis_cap=2.0,
+    recompute_old_logp=False,
+)
+
+
 def test_loss_settings_forward_exactly_the_policy_loss_keywords():
     params = inspect.signature(per_token_policy_loss).parameters
     keyword_only = {n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
-    kwargs = LossSettings(variant="epsilon-trace").policy_loss_kwargs()
+    kwargs = LossSettings(**SETTINGS).policy_loss_kwargs()
     assert set(kwargs) == keyword_only - {"ref_logp"}
-    for name, value in kwargs.items():  # the defaults agree with the loss library's
-        if params[name].default is not inspect.Parameter.empty:
-            assert value == params[name].default, name
+    assert kwargs == {k: SETTINGS[k] for k in kwargs}
+
+
+def test_loss_settings_have_no_defaults():
+    # Defaults live in pipeline.config.AlgorithmConfig only; a missing field is an error here.
+    with pytest.raises(TypeError, match="recompute_old_logp"):
+        LossSettings(**{k: v for k, v in SETTINGS.items() if k != "recompute_old_logp"})
+    with pytest.raises(TypeError):
+        LossSettings(*SETTINGS.values())  # keyword-only
