@@ -4,7 +4,7 @@ export PYTHONHASHSEED := 0
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test test-slow test-all lint format main bench clean
+.PHONY: setup test test-slurm test-slow test-all lint format main bench clean
 
 setup:
 	bash scripts/setup_cpu.sh
@@ -17,9 +17,14 @@ format: setup
 	.venv/bin/ruff format .
 	.venv/bin/ruff check --fix .
 
-# The README's test command (and CI's): lint + the default suite (< 20 min on 2 cores).
+# The README's test command (and CI's): lint, the default suite (< 20 min on 2 cores), then the SLURM
+# chain on a local one-node cluster (skips with a message where the daemons cannot start).
 test: lint
 	$(PY) -m pytest -q -m "not slow and not gpu"
+	$(MAKE) --no-print-directory test-slurm
+
+test-slurm: setup
+	$(PY) -m pytest -q -m slurm tests/integration/test_slurm.py
 
 # Slower tests (long CPU runs, the full nightly, SLURM chains); see README.
 test-slow: setup
@@ -34,6 +39,10 @@ main: setup
 
 bench: setup
 	$(PY) benchmarks/loss_bench.py
+	$(PY) benchmarks/train_step_bench.py
+	$(PY) benchmarks/conversion_bench.py
+	$(PY) benchmarks/rollout_bench.py
+	$(PY) benchmarks/reward_bench.py
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache
