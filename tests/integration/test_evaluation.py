@@ -99,7 +99,7 @@ def test_evaluate_cli(model_dir: Path, tmp_path: Path, capsys):
             "8",
             "--max-new-tokens",
             "16",
-                        "--out",
+            "--out",
             str(tmp_path / "out"),
         ]
     )
