@@ -9,7 +9,7 @@ Usage: ``.venv/bin/python benchmarks/loss_bench.py [--threads 1] [--reps 40]``
     disturb far less than wall time; the minimum and the median wall time are printed beside it.
   * memory: one subprocess per case; the peak resident set size (VmHWM, reset through
     /proc/self/clear_refs) during one forward+backward, minus the resident size (VmRSS) just before
-    it. glibc's dynamic mmap threshold is pinned (MALLOC_MMAP_THRESHOLD_) so freed tensors leave RSS
+    it. In these memory runs only, glibc's dynamic mmap threshold is pinned (MALLOC_MMAP_THRESHOLD_) so freed tensors leave RSS
     at once. Inputs, warm-up and imports are outside the window; the gradient of logp is inside.
 
 The dense baseline builds the [T, T] weight matrix w(t, k) (as other GRPO-lambda code does, one matrix
@@ -133,8 +133,13 @@ def measure_times(cases: list[tuple[str, str]], batch: int, length: int, reps: i
     ]
 
 
-def _child(args: argparse.Namespace, *job: str):
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS=str(args.threads))
+def _child(args: argparse.Namespace, *job: str, memory: bool = False):
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    if memory:
+        # Large blocks from mmap so that RSS shows what one step needs; timing runs keep glibc's default
+        # (with this threshold every >64 KB tensor would be a fresh mmap + page faults, a cost that falls
+        # on the many mid-sized tensors of the scan and hardly on the dense baseline's one big matrix).
+        env["MALLOC_MMAP_THRESHOLD_"] = "65536"
     repo = Path(__file__).resolve().parent.parent
     env["PYTHONPATH"] = f"{repo}{os.pathsep}{env['PYTHONPATH']}" if env.get("PYTHONPATH") else str(repo)
     cmd = [sys.executable, __file__, "--reps", str(args.reps), "--threads", str(args.threads), *job]
@@ -168,7 +173,7 @@ def main() -> None:
         cases = _cases(batch, length, args)
         times = _child(args, "--time-size", f"{batch},{length}")
         for (variant, style), timing in zip(cases, times):
-            peak = _child(args, "--memory-case", f"{variant},{style},{batch},{length}")
+            peak = _child(args, "--memory-case", f"{variant},{style},{batch},{length}", memory=True)
             results[(variant, style, batch, length)] = dict(timing, peak_mb=peak)
     report(results, args)
 
