@@ -4,7 +4,7 @@ export PYTHONHASHSEED := 0
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup test test-slurm test-slow test-all lint format main bench clean
+.PHONY: setup test test-slurm test-slow test-all lint format main nightly bench clean
 
 setup:
 	bash scripts/setup_cpu.sh
@@ -36,6 +36,10 @@ test-all: setup
 # The README's main job: the tiny CPU run of the real pipeline, end to end.
 main: setup
 	$(PY) -m pipeline run --config configs/experiments/tiny_cpu.yaml --run-dir runs/tiny_cpu
+
+# The CPU nightly: GRPO against GRPO-λ on paired seeds, report + plots in runs/nightly/tiny_cpu (~21 min).
+nightly: setup
+	$(PY) -m pipeline compare --config configs/nightly/tiny_cpu.yaml --out runs/nightly/tiny_cpu
 
 bench: setup
 	$(PY) benchmarks/loss_bench.py
