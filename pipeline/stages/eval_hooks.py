@@ -66,14 +66,7 @@ def evaluate_during_run(
     if every == 0 or (iteration + 1) % every or not cfg.data.eval_benchmarks:
         return {}
     t0 = time.perf_counter()
-    results = _evaluate(
-        cfg,
-        engine.model_dir,
-        engine=engine,
-        benchmarks=list(cfg.data.eval_benchmarks),
-        samples=cfg.run.eval_samples,
-        limit=cfg.data.eval_limit,
-    )
+    results = _evaluate_periodic(cfg, engine)
     return {**_flatten_results(results), "time/eval": time.perf_counter() - t0}
 
 
@@ -82,7 +75,13 @@ def evaluate_before_training(cfg: ExperimentConfig, *, engine: Any) -> dict[str,
     evaluation is on, so the curves have a starting point."""
     if cfg.run.eval_every == 0 or not cfg.data.eval_benchmarks:
         return {}
-    results = _evaluate(
+    results = _evaluate_periodic(cfg, engine)
+    return {k.replace("eval/", "eval_initial/", 1): v for k, v in _flatten_results(results).items()}
+
+
+def _evaluate_periodic(cfg: ExperimentConfig, engine: Any) -> dict:
+    """The periodic evaluation (the config's benchmarks, samples and limit) with the live engine."""
+    return _evaluate(
         cfg,
         engine.model_dir,
         engine=engine,
@@ -90,7 +89,6 @@ def evaluate_before_training(cfg: ExperimentConfig, *, engine: Any) -> dict[str,
         samples=cfg.run.eval_samples,
         limit=cfg.data.eval_limit,
     )
-    return {k.replace("eval/", "eval_initial/", 1): v for k, v in _flatten_results(results).items()}
 
 
 def evaluate_final(
