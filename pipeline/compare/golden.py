@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,6 @@ __all__ = [
     "check_runs",
     "check_vs_baseline",
     "golden_values",
-    "make_readable",
     "read_golden",
     "write_golden",
 ]
@@ -80,17 +78,9 @@ def golden_values(comparison: Comparison, recipe: dict[str, Any]) -> dict[str, A
     }
 
 
-def make_readable(path: str | Path) -> None:
-    """Give a file written through a temp file (mode 0600) the usual permissions (0666 & ~umask)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
-
-
 def write_golden(path: str | Path, document: dict[str, Any]) -> None:
     """Write the golden document atomically."""
     atomic_write_json(path, document)
-    make_readable(path)
 
 
 def read_golden(path: str | Path) -> dict[str, Any]:

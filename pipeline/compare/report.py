@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.compare.analysis import Comparison, mean_interval
-from pipeline.compare.golden import Check, make_readable
+from pipeline.compare.golden import Check
 from pipeline.manifest import atomic_write_json, atomic_write_text
 
 __all__ = ["plot_file_name", "render_markdown", "summary_dict", "write_plots", "write_report"]
@@ -231,6 +231,4 @@ def write_report(cmp: Comparison, checks: list[Check], out_dir: str | Path, *, e
     path = out_dir / "report.md"
     atomic_write_text(path, render_markdown(cmp, checks, plots, extra=extra))
     atomic_write_json(out_dir / "summary.json", summary_dict(cmp, checks))
-    make_readable(path)
-    make_readable(out_dir / "summary.json")
     return path

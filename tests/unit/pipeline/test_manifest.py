@@ -112,3 +112,17 @@ def test_layout_paths(tmp_path):
     assert layout.checkpoint(7).name == "iter_0007"
     assert layout.rollouts(12).name == "iter_0012.pt"
     assert layout.rel(layout.checkpoint(1)) == os.path.join("checkpoints", "iter_0001")
+
+
+def test_atomic_write_gives_the_umask_mode(tmp_path):
+    """Atomic writes must not leave files private (mkstemp's 0600) on a shared cluster."""
+    import os
+
+    from pipeline.manifest import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.json", "{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
