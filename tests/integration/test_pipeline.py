@@ -55,6 +55,15 @@ def _run_cmd(run_dir: Path, *extra: str) -> list[str]:
     ]
 
 
+def _run_ok(run_dir: Path, *extra: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    """`python -m pipeline run` on `run_dir` with the small overrides; it must exit 0."""
+    res = subprocess.run(
+        _run_cmd(run_dir, *extra), capture_output=True, text=True, env=_env(), timeout=timeout
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-6000:]
+    return res
+
+
 def _deterministic(row: dict) -> dict:
     return {k: v for k, v in row.items() if not any(t in k for t in TIMING)}
 
@@ -63,14 +72,7 @@ def _deterministic(row: dict) -> dict:
 def reference_run(tmp_path_factory) -> Path:
     """An uninterrupted 3-iteration run (shared by the end-to-end and resume tests)."""
     run_dir = tmp_path_factory.mktemp("pipeline") / "reference"
-    res = subprocess.run(
-        _run_cmd(run_dir, f"run.iterations={ITERATIONS}"),
-        capture_output=True,
-        text=True,
-        env=_env(),
-        timeout=900,
-    )
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-6000:]
+    _run_ok(run_dir, f"run.iterations={ITERATIONS}")
     return run_dir
 
 
@@ -139,14 +141,7 @@ def test_sigkill_then_resume_equals_uninterrupted(reference_run, tmp_path):
         os.killpg(proc.pid, signal.SIGKILL)  # the run and its reward workers
         proc.wait()
     assert 1 <= load_manifest(run_dir).completed_iterations < ITERATIONS
-    res = subprocess.run(
-        _run_cmd(run_dir, f"run.iterations={ITERATIONS}"),
-        capture_output=True,
-        text=True,
-        env=_env(),
-        timeout=900,
-    )
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-6000:]
+    res = _run_ok(run_dir, f"run.iterations={ITERATIONS}")
     assert "resuming" in res.stdout
     resumed, reference = (
         read_metrics(run_dir / "metrics.jsonl"),
@@ -201,14 +196,7 @@ def test_nan_update_fails_clearly_and_keeps_the_last_checkpoint(tmp_path):
 @pytest.mark.slow
 def test_staged_mode_one_iteration(tmp_path):
     run_dir = tmp_path / "staged"
-    res = subprocess.run(
-        _run_cmd(run_dir, "run.iterations=1", "run.mode=staged"),
-        capture_output=True,
-        text=True,
-        env=_env(),
-        timeout=1200,
-    )
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-6000:]
+    _run_ok(run_dir, "run.iterations=1", "run.mode=staged", timeout=1200)
     manifest = load_manifest(run_dir)
     assert manifest.completed_iterations == 1
     assert manifest.stage("rollout").state == "done" and manifest.stage("train").state == "done"
